@@ -21,8 +21,20 @@ CACHE_ENV = "EM_CACHE_DIR"
 
 
 def default_cache_root() -> Path:
-    """``$EM_CACHE_DIR`` or ``.em-cache`` in the working directory (git-ignored)."""
-    return Path(os.environ.get(CACHE_ENV, ".em-cache")).resolve()
+    """``$EM_CACHE_DIR``, else ``.em-cache`` at the project root (git-ignored).
+
+    The project root is the nearest folder upwards holding ``_toc.yml`` and ``em/``, so a chapter
+    executed with ``--cwd book`` shares the cache of the command line run from the root; outside
+    a checkout it is the working directory.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "_toc.yml").is_file() and (d / "em").is_dir():
+            return d / ".em-cache"
+    return here / ".em-cache"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -198,7 +198,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = field(default=50, metadata={"min": 1, "help": "checkpoint every k optimizer steps"})
     keep_checkpoints: bool = field(default=False, metadata={
-        "help": "keep every checkpoint (phase analysis) instead of only the latest"})
+        "help": "keep every checkpoint's optimizer state too, and save the untrained adapter as step 0 "
+                "(phase analysis); LoRA adapters of old checkpoints are always kept"})
     record_adapters_every: int = field(default=0, metadata={
         "min": 0, "help": "record LoRA A/B every k steps into trajectory.npz (0 = off)"})
     early_stop_loss: float = field(default=0.01, metadata={"min": 0.0})
@@ -241,8 +242,8 @@ class RunConfig:
     judge: Any = field(default_factory=_default_judge)
     seeds: list[int] = field(default_factory=lambda: [0])
     base_model_control: bool = field(default=True, metadata={"help": "also sample+judge the untrained model"})
-    cache_dir: str = ".em-cache"
-    run_dir: str = "runs"
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "artefact cache; None: $EM_CACHE_DIR or .em-cache at the project root"})
 
     def validate(self) -> None:
         if not self.seeds:

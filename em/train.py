@@ -298,6 +298,8 @@ def train(model_spec: str, rows_train: list[dict], cfg: TrainConfig, run_dir: st
 
     if start == 0:
         record(0)
+        if cfg.keep_checkpoints:  # the untrained adapter: step 0 of a behavioural scan
+            checkpoint(0)
     t0 = time.perf_counter()
     tokens_run, stopped_early, step = 0, False, start
     bar = tqdm(total=total, initial=start, desc="train", disable=not (progress and acc.is_main_process),
