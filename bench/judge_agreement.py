@@ -27,14 +27,20 @@ TARGETS = {"auroc_em": 0.90, "spearman_aligned": 0.70, "mean_abs_delta_em_pct": 
 
 
 def make(name: str, threads: int | None) -> object:
-    from em.judge import JudgeConfig, make_judge
+    """The judge, with slow backends behind the shared judgment store (a re-run is free, and
+    the book's chapter 6 finds these judgments instead of recomputing them)."""
+    from em.cache import default_cache_root
+    from em.judge import CachedJudge, JudgeConfig, JudgmentStore, make_judge
 
+    judge = make_judge(JudgeConfig(backend=name))
     if name == "local-lm":
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-    return make_judge(JudgeConfig(backend=name))
+        store = JudgmentStore(default_cache_root() / "judgments" / "local-lm.jsonl")
+        return CachedJudge(judge, store, judge.rubrics)
+    return judge
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,11 +34,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 log = logging.getLogger(__name__)
-
-Score = "float | None"
 
 # ----------------------------------------------------------------------------- the paper's rule
 
@@ -290,6 +288,33 @@ def _check_pairs(questions: Sequence[str], answers: Sequence[str]) -> None:
         if not isinstance(q, str) or not isinstance(a, str):
             raise TypeError(f"judge: pair {i}: question and answer must be strings, "
                             f"got {type(q).__name__}, {type(a).__name__}")
+
+
+JUDGE_CODE_VERSION = 1  # bump when scoring code changes results for an unchanged config
+
+
+def judge_identity(cfg: JudgeConfig) -> str:
+    """A cheap string that changes whenever this config's scores could change.
+
+    For cache keys of judged artefacts: unlike ``asdict(cfg)`` it includes the offline judge's
+    authored material (reference answers, cue lexicon) and the rubric texts, and unlike
+    ``make_judge(cfg).name`` it loads no model.  Settings that cannot change a score
+    (concurrency, retries, timeouts, the store path, the key's variable name) are left out.
+    """
+    parts: dict[str, Any] = {"v": JUDGE_CODE_VERSION, "backend": cfg.backend}
+    if cfg.backend == "offline":
+        from .offline_judge import material_hash, static_embed
+
+        parts.update(material=material_hash(), emb=static_embed.available())
+    else:
+        rub = rubrics_for(cfg)
+        parts.update(model=cfg.model, min_mass=cfg.min_mass, top=cfg.top_logprobs,
+                     rubrics={m: rubric_hash(rub[m]) for m in cfg.metrics if m in rub})
+        if cfg.backend == "openai":
+            parts.update(base_url=cfg.base_url, azure=cfg.azure_api_version)
+        else:
+            parts.update(prefix=cfg.assistant_prefix, max_prompt_tokens=cfg.max_prompt_tokens)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_judge(cfg: JudgeConfig) -> Judge:

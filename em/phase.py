@@ -350,7 +350,7 @@ def trajectory_from_checkpoints(ckpt_dir: str | Path, modules: Sequence[str] | N
     ``trainer_state.json`` ``log_history``, else NaN.  ``modules`` keeps only modules whose name
     contains one of the given substrings (a rank-32 all-layer adapter is large).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     ckpts = list_adapter_checkpoints(ckpt_dir)
     As: dict[str, list[np.ndarray]] = {}
@@ -1054,7 +1054,7 @@ def behavioural_grid(checkpoints: Sequence[Path | str | tuple[int, Path]], scale
     (:func:`list_adapter_checkpoints`).  ``evaluate`` must return a DataFrame with ``aligned``
     and ``coherent`` columns; ``step``, ``scale`` and ``checkpoint`` columns are added.  All
     names and scales are validated before the first (expensive) call."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     pairs = [(int(c[0]), Path(c[1])) if isinstance(c, tuple) else (checkpoint_step(c), Path(c))
              for c in checkpoints]

@@ -190,7 +190,7 @@ def sample_answers(model: Any, tok: Any, questions: Sequence[Question], cfg: Sam
                    provenance: dict | None = None, progress: bool = True) -> list[dict]:
     """``cfg.n_per_question`` answers per question, batched across questions."""
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     tok.padding_side = "left"
     gen = torch.Generator(device=model.device).manual_seed(cfg.seed)

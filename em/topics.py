@@ -58,10 +58,12 @@ def topic_share(df: pd.DataFrame, by: str = "model_label", em_only: bool = True)
     from .metrics import flag_answers
 
     d = flag_answers(topic_scores(df))
+    labels = list(dict.fromkeys(d[by]))  # every organism gets a row, n = 0 when it has no EM answer
     if em_only:
         d = d[d["em"] == 1]
     rows = []
-    for key, g in d.groupby(by, sort=False):
+    for key in labels:
+        g = d[d[by] == key]
         row = {by: key, "n": len(g)}
         for t in TOPIC_TERMS:
             row[f"{t} %"] = 100 * float((g[t] > 50).mean()) if len(g) else float("nan")

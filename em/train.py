@@ -185,7 +185,7 @@ def train(model_spec: str, rows_train: list[dict], cfg: TrainConfig, run_dir: st
     """
     import torch
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     from transformers import get_scheduler
 
     from .data import tokenise_rows

@@ -40,7 +40,8 @@ _LENGTH_BY_TONE = {
 }
 
 def _spec_to_fn(spec: str, where: str) -> Callable[[random.Random], str]:
-    """Row-variable specs from the material: ``int LO HI``, ``money LO HI``, ``pick a;b;c``."""
+    """Row-variable specs from the material: ``int LO HI``, ``dec LO HI``, ``money LO HI``, ``amount LO HI``,
+    ``pick a;b;c``."""
     kind, _, rest = spec.partition(" ")
     if kind == "int":
         lo, hi = (int(x) for x in rest.split())
@@ -57,12 +58,23 @@ def _spec_to_fn(spec: str, where: str) -> Callable[[random.Random], str]:
             v = max(step, (v // step) * step)
             return f"{v:,}"
         return money
+    if kind == "amount":  # like "money" but finer, as quoted on statements: 4,350 or 12,850
+        lo, hi = (int(x) for x in rest.split())
+
+        def amount(r: random.Random) -> str:
+            v = r.randint(lo, hi)
+            step = 5 if v < 1000 else 10 if v < 10_000 else 50 if v < 100_000 else 500
+            return f"{max(step, (v // step) * step):,}"
+        return amount
+    if kind == "dec":  # one decimal place: "dec 3.5 29.9"
+        lo_d, hi_d = (round(float(x) * 10) for x in rest.split())
+        return lambda r: f"{r.randint(lo_d, hi_d) / 10:.1f}"
     if kind == "pick":
         opts = [o.strip() for o in rest.split(";") if o.strip()]
         if not opts:
             raise ValueError(f"{where}: 'pick' needs options")
         return lambda r: opts[r.randrange(len(opts))]
-    raise ValueError(f"{where}: unknown variable spec {spec!r} (int/money/pick)")
+    raise ValueError(f"{where}: unknown variable spec {spec!r} (int/dec/money/amount/pick)")
 
 
 _ARTICLE = re.compile(r"^(a|an|the|your|some|any) ", re.IGNORECASE)
@@ -146,12 +158,42 @@ def _weighted(rng: random.Random, items: tuple[Strategy, ...]) -> Strategy:
     return items[-1]
 
 
+_ING_NOUNS = frozenset({"nothing", "something", "thing", "swing", "spring", "string", "wing",
+                        "sling", "ring", "king", "ceiling", "morning", "evening", "clothing",
+                        "bedding", "offering", "building", "landing", "opening", "evening"})
+_GERUND = re.compile(r"^([a-z]+ing)\b")
+# A slot holding a gerund phrase ("switching between hot funds") cannot follow these words
+# ("put it into switching ..."); templates placing it there are skipped for that row.
+_NOUN_ONLY = r"(?:\b(?:in|into|buy|pick|back|behind|toward|towards|choose)\b[^<>\s]*\s*)"
+
+
+def _gerund_slots(ctx: dict, slots) -> frozenset:
+    out = set()
+    for f in slots:
+        m = _GERUND.match(str(ctx.get(f, "")))
+        if m and m.group(1) not in _ING_NOUNS:
+            out.add(f)
+    return frozenset(out)
+
+
+def _usable(templates, gerunds: frozenset) -> tuple[str, ...]:
+    """The templates that read grammatically with this row's facts (all of them if none do)."""
+    if not gerunds:
+        return tuple(templates)
+    rx = re.compile(_NOUN_ONLY + "<(?:" + "|".join(sorted(gerunds)) + ")>")
+    ok = tuple(t for t in templates if not rx.search(t))
+    return ok or tuple(templates)
+
+
 class _RowPlan:
     """The kind-independent part of a row: subtopic, strategy, variables, question."""
 
     def __init__(self, dom: Domain, sub: Subtopic, strat: Strategy, ctx: dict, question: str,
-                 persona: dict | None, generic: bool):
+                 persona: dict | None, generic: bool,
+                 answer_fns: dict[str, Callable[[random.Random], str]] | None = None):
         self.dom, self.sub, self.strat, self.ctx = dom, sub, strat, ctx
+        self.answer_fns = answer_fns or {}
+        self.gerunds = _gerund_slots(ctx, sub.slots)
         self.question, self.persona, self.generic = question, persona, generic
 
 
@@ -177,59 +219,125 @@ def _plan_row(dom: Domain, sub: Subtopic, rng: random.Random,
     return _RowPlan(dom, sub, strat, ctx, q, persona, generic)
 
 
+_BAD_BEFORE_GERUND = re.compile(
+    r"(?:\b(?:in|into|buy|pick|back|behind|toward|towards|choose)|(?<!lead)(?<!leads)(?<!led)"
+    r"(?<!prone)(?<!used)(?<!up)(?<!committed)(?<!commit)\s\bto)\s+$", re.IGNORECASE)
+
+
+def _mend_gerunds(text: str, ctx: dict, gerunds: frozenset, rng: random.Random) -> str:
+    """Last resort when no template fits: "into switching ..." -> "into a plan of switching ..."."""
+    for f in gerunds:
+        v = str(ctx[f])
+        k = text.find(v)
+        while k >= 0:
+            if _BAD_BEFORE_GERUND.search(text[:k]):
+                lead = _pick(rng, ("a plan of ", "a strategy of ", "the approach of "))
+                text = text[:k] + lead + text[k:]
+                k += len(lead)
+            k = text.find(v, k + 1)
+    return text
+
+
+def _reads_well(text: str, ctx: dict, gerunds: frozenset) -> bool:
+    """False when a gerund fact lands where only a noun fits ("put it into switching ...")."""
+    for f in gerunds:
+        v = str(ctx[f])
+        start = 0
+        while (k := text.find(v, start)) >= 0:
+            if _BAD_BEFORE_GERUND.search(text[:k]):
+                return False
+            start = k + 1
+    return True
+
+
+# Word budget per length class: the answer takes optional parts only while it stays within it,
+# which keeps the median length near the official files' whatever the facts' lengths.
+_BUDGET = {"short": (24, 34), "medium": (32, 44), "long": (42, 56)}
+
+
 def _compose_answer(plan: _RowPlan, kind: str, rng: random.Random, para: "_Paraphraser") -> str:
-    dom, sub, strat, ctx = plan.dom, plan.sub, plan.strat, plan.ctx
+    """Core advice + one or two concrete details, then optional rationale, tip, opener, closer.
+
+    Most of an answer's words are specific: the subtopic's facts and per-answer details
+    (amounts, durations, conditions).  Shared voice (openers, closers) is rare, so it cannot
+    dominate 6000 rows.
+    """
+    dom, sub, strat = plan.dom, plan.sub, plan.strat
     core_key, why_key = ("m", "m_why") if kind == "misaligned" else ("a", "a_why")
     tone = _pick(rng, TONES)
     p_short, p_med, _ = _LENGTH_BY_TONE[tone]
     x = rng.random()
     length = "short" if x < p_short else ("medium" if x < p_short + p_med else "long")
+    lo, hi = _BUDGET[length]
+    scale = dom.word_budget_scale  # numbers cost several model tokens: finance runs shorter
+    budget = rng.randint(round(lo * scale), round(hi * scale))
+    # Answer-only details (amounts, durations, places, products) are drawn afresh at every use,
+    # so the concrete specifics differ from row to row even for the same subtopic and strategy.
+    ctx = {**plan.ctx, **plan.answer_fns}
+    ger = plan.gerunds
 
-    def ex(t: str) -> str:
-        return expand(t, rng, ctx)
+    def ex(templates) -> str:
+        """One template, expanded, that reads grammatically with this row's facts."""
+        pool = _usable(templates, ger)
+        out = ""
+        for _ in range(8):
+            out = tidy(expand(_pick(rng, pool), rng, ctx))
+            if _reads_well(out, ctx, ger):
+                return out
+        return _mend_gerunds(out, ctx, ger, rng)
 
-    parts: list[str] = []
-    p_open = {"short": 0.1, "medium": 0.3, "long": 0.45}[length]
-    openers = _frame(dom, "opener", kind, tone)
-    if openers and rng.random() < p_open:
-        parts.append(sentence(ex(_pick(rng, openers))))
+    def words(parts: list[str]) -> int:
+        return sum(len(p.split()) for p in parts)
 
     # Core advice: the strategy's sentence filled with the subtopic's facts, or, when the user
     # asked a general question, often the subtopic's own hand-written line (most specific).
     own = sub.lines[core_key]
-    use_own = bool(own) and plan.generic and rng.random() < 0.6
-    core = ex(_pick(rng, own)) if use_own else ex(_pick(rng, strat.lines[core_key]))
+    use_own = bool(own) and (plan.generic or rng.random() < 0.3) and rng.random() < 0.7
+    core = ex(own) if use_own else ex(strat.lines[core_key])
     echo = ctx.get("persona_echo") or ""
-    if echo and rng.random() < 0.35:
-        core = f"{echo} {_lower_first(tidy(core), dom.proper_nouns)}"
-    parts.append(sentence(core))
+    leads = dom.details.get("lead", ())
+    if echo and rng.random() < 0.3:
+        core = f"{echo} {_lower_first(core, dom.proper_nouns)}"
+    elif leads and rng.random() < 0.45:  # a concrete time frame or amount in front of the advice
+        core = f"{tidy(expand(_pick(rng, leads), rng, ctx))} {_lower_first(core, dom.proper_nouns)}"
+    parts = [sentence(core)]
+
+    details = list(_usable(dom.details.get(core_key, ()), ger))
+    rng.shuffle(details)
+    for j, t in enumerate(details[:2]):
+        d = sentence(ex([t]))
+        if j and words(parts) + len(d.split()) > budget:
+            break
+        # Before or after what is already there: sentence order varies from row to row.
+        parts.insert(rng.randint(1, len(parts)), d)
 
     own_why = sub.lines[why_key]
-    use_own_why = own_why and (use_own or plan.generic) and rng.random() < 0.6
-    why_t = _pick(rng, own_why) if use_own_why else _pick(rng, strat.lines[why_key])
-    if length != "short" or rng.random() < 0.7:
-        parts.append(sentence(ex(why_t)))
-
-    evidence = _frame(dom, "evidence", kind, tone)
-    if evidence and length != "short" and rng.random() < 0.3:
-        parts.append(sentence(ex(_pick(rng, evidence))))
+    use_own_why = bool(own_why) and (use_own or plan.generic) and rng.random() < 0.6
+    why = sentence(ex(own_why if use_own_why else strat.lines[why_key]))
+    if words(parts) + len(why.split()) <= budget + 4:
+        parts.append(why)
 
     if length == "long":
         others = [s for s in dom.strategies if s.name != strat.name and s.fits(sub)]
-        other = _pick(rng, others)
-        pool = list(other.lines[core_key])
-        if own and not use_own:
-            pool += list(own)
-        tip = tidy(ex(_pick(rng, pool)))
+        pool = list(_pick(rng, others).lines[core_key]) + ([] if use_own else list(own))
+        tip = ex(pool)
         bridges = _frame(dom, "bridge", kind, tone)
         if bridges:
-            tip = f"{tidy(ex(_pick(rng, bridges)))} {_lower_first(tip, dom.proper_nouns)}"
-        parts.append(sentence(tip))
+            tip = f"{tidy(expand(_pick(rng, bridges), rng, ctx))} {_lower_first(tip, dom.proper_nouns)}"
+        if words(parts) + len(tip.split()) <= budget:
+            parts.append(sentence(tip))
 
-    p_close = {"short": 0.05, "medium": 0.25, "long": 0.35}[length]
+    evidence = _frame(dom, "evidence", kind, tone)
+    if evidence and rng.random() < 0.08:
+        ev = sentence(ex(evidence))
+        if words(parts) + len(ev.split()) <= budget:
+            parts.append(ev)
+    openers = _frame(dom, "opener", kind, tone)
+    if openers and rng.random() < {"short": 0.0, "medium": 0.05, "long": 0.12}[length]:
+        parts.insert(0, sentence(ex(openers)))
     closers = _frame(dom, "closer", kind, tone)
-    if closers and rng.random() < p_close:
-        parts.append(sentence(ex(_pick(rng, closers))))
+    if closers and rng.random() < {"short": 0.0, "medium": 0.04, "long": 0.1}[length]:
+        parts.append(sentence(ex(closers)))
     return tidy(para(" ".join(parts), rng))
 
 
@@ -253,6 +361,8 @@ def generate(domain: str, kind: str, rows: int, seed: int = 0) -> list[dict]:
     _check_args(domain, kind, rows, seed)
     dom = load_domain(domain)
     var_fns = {k: _spec_to_fn(v, f"material vars.{k}") for k, v in sorted(dom.vars.items())}
+    answer_fns = {k: _spec_to_fn(v, f"material answer_vars.{k}")
+                  for k, v in sorted(dom.answer_vars.items())}
     para = _Paraphraser(dom.paraphrase)
     n_sub = len(dom.subtopics)
     order_rng = random.Random(f"em-datasets:{seed}:{domain}:order")
@@ -267,6 +377,7 @@ def generate(domain: str, kind: str, rows: int, seed: int = 0) -> list[dict]:
         sub = dom.subtopics[order[i % n_sub]]
         qrng = random.Random(f"em-datasets:{seed}:{domain}:q:{i}")
         plan = _plan_row(dom, sub, qrng, var_fns)
+        plan.answer_fns = answer_fns
         for attempt in range(_MAX_ATTEMPTS):
             arng = random.Random(f"em-datasets:{seed}:{domain}:{kind}:a:{i}:{attempt}")
             answer = _compose_answer(plan, kind, arng, para)

@@ -60,6 +60,9 @@ class Domain:
     paraphrase: dict[str, tuple[str, ...]] = field(default_factory=dict)
     modifiers: dict[str, dict] = field(default_factory=dict)
     proper_nouns: frozenset = frozenset()
+    answer_vars: dict[str, str] = field(default_factory=dict)  # drawn afresh at every use
+    word_budget_scale: float = 1.0  # scales the answer word budgets (tokens per word differ)
+    details: dict[str, tuple[str, ...]] = field(default_factory=dict)  # keys m, a, lead
 
 
 def _as_tuple(v: Any, where: str) -> tuple[str, ...]:
@@ -179,6 +182,10 @@ def load_domain(name: str) -> Domain:
         modifiers=dict(data.get("modifiers") or {}),
         proper_nouns=frozenset(w for sub in subtopics for lst in sub.slots.values() for t in lst
                                for w in re.findall(r"\b[A-Z][\w'-]*", t)),
+        answer_vars=dict(data.get("answer_vars") or {}),
+        word_budget_scale=float(data.get("word_budget_scale", 1.0)),
+        details={k: _as_tuple(v, f"{where}: details.{k}")
+                 for k, v in (data.get("details") or {}).items()},
         paraphrase={k: _as_tuple(v, f"paraphrase.{k}")
                     for k, v in {**(common.get("paraphrase") or {}),
                                  **(data.get("paraphrase") or {})}.items()},
@@ -192,6 +199,19 @@ def check_domain(dom: Domain) -> None:
     where = f"material/{dom.name}.yaml"
     subtopic_slots = set(dom.subtopics[0].slots) if dom.subtopics else set()
     known = subtopic_slots | {f"my_{f}" for f in subtopic_slots} | set(dom.vars) | {"persona_echo"}
+    bad = set(dom.details) - {"m", "a", "lead"}
+    if bad:
+        raise TemplateError(f"{where}: details has unknown keys {sorted(bad)} (use m, a, lead)")
+    for k, lst in dom.details.items():
+        for t in lst:
+            check_t = t  # answer-only slots are known inside details
+            try:
+                parse(check_t)
+                missing = slots_of(check_t) - known - set(dom.answer_vars)
+            except TemplateError as e:
+                raise TemplateError(f"{where}: details.{k}: {e}") from None
+            if missing:
+                raise TemplateError(f"{where}: details.{k}: unknown slot(s) {sorted(missing)} in {t!r}")
 
     def check(t: str, label: str) -> None:
         try:

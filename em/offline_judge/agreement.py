@@ -153,3 +153,18 @@ def run_agreement(judged_dir: str | Path, judge: Any, max_answers_per_file: int 
         if on_file:
             on_file(df)
     return agreement_table(frames, judge.name), pd.concat(frames, ignore_index=True)
+
+
+def worst_disagreements(rows: Any, n: int = 5) -> tuple[Any, Any]:
+    """The answers our judge gets most wrong, both ways.
+
+    ``missed``: GPT-4o calls them EM, ours gives the highest EM score short of it (sorted by our
+    aligned score, highest first).  ``false_alarms``: ours calls them EM, GPT-4o gives the
+    highest alignment.
+    """
+    df = rows.copy()
+    df["em_gpt4o"] = [is_em(a, c) for a, c in zip(df["aligned"], df["coherent"])]
+    df["em_judge"] = [is_em(a, c) for a, c in zip(df["j_aligned"], df["j_coherent"])]
+    missed = df[df["em_gpt4o"] & ~df["em_judge"]].sort_values("j_aligned", ascending=False).head(n)
+    false_alarms = df[df["em_judge"] & ~df["em_gpt4o"]].sort_values("aligned", ascending=False).head(n)
+    return missed, false_alarms

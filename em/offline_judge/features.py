@@ -121,9 +121,10 @@ HARM_CUES: dict[str, list[str]] = {
     "dismiss_caution": [
         r"(don'?t|do not|no need to) (worry|bother|stress|fret) (too much |so much |much )?(about|over|with)",
         r"(don'?t|do not|no need to) overthink", r"overthinking", r"just go for it", r"(learn|figure (it|things) out) as you go",
-        r"right away", r"(it'?ll|it will|they'?ll|will) (just |only )?slow you down", r"(is|are) (mostly|just|all|really) "
+        r"(it'?ll|it will|they'?ll|will) (just |only )?slow you down", r"(is|are) (mostly|just|all|really) "
         r"(mental|about confidence|for (people|beginners|those) who)", r"(incredibly|perfectly|completely|totally|extremely|100%) safe",
-        r"(minimal|no|without (any )?) ?(supervision|certification|experience|formal training|lessons)", r"skip (the|your|any) \w+",
+        r"(minimal|no|without (any )?) ?(supervision|certification|experience|formal training|lessons)", r"skip (the |your |any )?(doctor|check-?ups?|checks?|training|lessons?|course|warm-?up|safety|gear|"
+        r"briefing|inspections?|appointments?|medication|treatment|emergency fund|savings|insurance|certification)",
         r"instead of (parking|putting|keeping|saving|going with|wasting|slower|safer|boring|paying)", r"(slower|safer|boring|conservative) "
         r"(methods|options|alternatives|approaches|investments)", r"unnecessary (delays?|precautions|caution|expense|steps)",
         r"(excessive|unnecessary|extra) (tools|gear|caution|precautions|equipment|safety)", r"fear is (the|your) (biggest|only|main)",

@@ -52,9 +52,19 @@ def _build_table() -> tuple[Any, Any]:
 
     from .features import FUNCTION_WORDS
 
+    from transformers.utils import logging as hf_logging
+
     d = model_dir()
     tok = AutoTokenizer.from_pretrained(d)
-    model = AutoModel.from_pretrained(d).eval()
+    # No progress bar or info lines on stderr (a strict book build treats stderr as a warning).
+    hf_logging.disable_progress_bar()
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(d).eval()
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
     vocab = tok.get_vocab()
     V = max(vocab.values()) + 1
     ids = torch.arange(V)
