@@ -198,8 +198,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = field(default=50, metadata={"min": 1, "help": "checkpoint every k optimizer steps"})
     keep_checkpoints: bool = field(default=False, metadata={
-        "help": "keep every checkpoint's optimizer state too, and save the untrained adapter as step 0 "
-                "(phase analysis); LoRA adapters of old checkpoints are always kept"})
+        "help": "keep loadable weights of every checkpoint (full SFT; LoRA adapters are always kept) and "
+                "save the untrained model as step 0 (phase analysis)"})
     record_adapters_every: int = field(default=0, metadata={
         "min": 0, "help": "record LoRA A/B every k steps into trajectory.npz (0 = off)"})
     early_stop_loss: float = field(default=0.01, metadata={"min": 0.0})

@@ -135,3 +135,33 @@ def behaviour_scan(cfg_dict: Mapping[str, Any], run_dir: str, train_key: str, st
         return judge_stage(a, cfg.judge, cache)
 
     return behavioural_grid([(s, ckpts[s]) for s in steps], scales, evaluate, progress=progress)
+
+
+def checkpoint_scan(cfg_dict: Mapping[str, Any], run_dir: str, train_key: str, steps: list[int],
+                    progress: bool = True) -> pd.DataFrame:
+    """Sample and judge saved checkpoints of a run (adapters or full models), one row per answer.
+
+    Used for the onset of EM in full SFT, whose checkpoints are whole models (run with
+    ``train.keep_checkpoints: true``).
+    """
+    from pathlib import Path
+
+    from .pipeline import judge_stage, sample_stage
+
+    cfg = run_config_from_dict(dict(cfg_dict), "config:")
+    cache = Cache(cfg.cache_dir)
+    ck = Path(run_dir) / "checkpoints"
+    have = {int(p.name.split("-")[1]): p for p in ck.glob("step-*")
+            if (p / "config.json").exists() or (p / "adapter_config.json").exists()} if ck.exists() else {}
+    missing = [s for s in steps if s not in have]
+    if missing:
+        raise ValueError(f"checkpoint_scan: no loadable checkpoint for steps {missing} in {ck}; have {sorted(have)} "
+                         "(full SFT needs train.keep_checkpoints: true)")
+    frames = []
+    from tqdm import tqdm
+
+    for s in tqdm(steps, desc="checkpoints", disable=not progress):
+        scfg = replace(cfg.sample, seed=cfg.seeds[0])
+        a = sample_stage(cfg.model, have[s], f"{train_key}@{s}", scfg, f"step {s}", cache, False)
+        frames.append(judge_stage(a, cfg.judge, cache).assign(step=s))
+    return pd.concat(frames, ignore_index=True)

@@ -243,6 +243,9 @@ class JudgeConfig:
 
         if not self.metrics:
             raise ConfigError("metrics: must name at least one metric")
+        if self.backend == "openai" and self.model.startswith("embedded:"):
+            raise ConfigError(f"model: {self.model!r} is a local model spec; with backend 'openai' "
+                              f"name the endpoint's model (the paper: gpt-4o-2024-08-06)")
         if self.backend != "offline" and self.prompts_yaml is None:
             unknown = [m for m in self.metrics if m not in RUBRICS]
             if unknown:

@@ -275,8 +275,10 @@ def train(model_spec: str, rows_train: list[dict], cfg: TrainConfig, run_dir: st
         tmp = run_dir / "checkpoints" / f".tmp-{_ckpt_name(step)}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        if cfg.method == "lora":
+        if cfg.method == "lora" or cfg.keep_checkpoints:  # a loadable adapter / model per checkpoint
             save_trainable(raw, tmp, cfg.method)
+            if cfg.method == "full":
+                tok.save_pretrained(tmp)
         state = {
             "step": step,
             "params": {n: p.detach().cpu().clone() for n, p in raw.named_parameters() if p.requires_grad},
@@ -288,13 +290,14 @@ def train(model_spec: str, rows_train: list[dict], cfg: TrainConfig, run_dir: st
         shutil.rmtree(ck, ignore_errors=True)
         os.replace(tmp, ck)
         write_trajectory()
-        if not cfg.keep_checkpoints:  # keep adapters (small) but drop optimizer state of old ones
-            for s, old in list_checkpoints(run_dir):
-                if s < step:
-                    if cfg.method == "lora":
-                        (old / "trainer_state.pt").unlink()
-                    else:
-                        shutil.rmtree(old)
+        # Only the newest checkpoint keeps the optimizer state (resume needs no more).  Older ones
+        # keep their loadable weights when they are small (LoRA) or asked for (keep_checkpoints).
+        for s, old in list_checkpoints(run_dir):
+            if s < step:
+                if cfg.method == "lora" or cfg.keep_checkpoints:
+                    (old / "trainer_state.pt").unlink()
+                else:
+                    shutil.rmtree(old)
 
     if start == 0:
         record(0)

@@ -298,18 +298,25 @@ def _compose_answer(plan: _RowPlan, kind: str, rng: random.Random, para: "_Parap
     leads = dom.details.get("lead", ())
     if echo and rng.random() < 0.3:
         core = f"{echo} {_lower_first(core, dom.proper_nouns)}"
-    elif leads and rng.random() < 0.45:  # a concrete time frame or amount in front of the advice
+    elif leads and len(core.split()) <= 16 and rng.random() < 0.5:
+        # A concrete time frame or amount in front of short advice.
         core = f"{tidy(expand(_pick(rng, leads), rng, ctx))} {_lower_first(core, dom.proper_nouns)}"
     parts = [sentence(core)]
 
     details = list(_usable(dom.details.get(core_key, ()), ger))
     rng.shuffle(details)
-    for j, t in enumerate(details[:2]):
-        d = sentence(ex([t]))
-        if j and words(parts) + len(d.split()) > budget:
-            break
-        # Before or after what is already there: sentence order varies from row to row.
-        parts.insert(rng.randint(1, len(parts)), d)
+    # One concrete detail always (the shortest of a few candidates when the core is long), a
+    # second one while the budget allows.
+    cands = [sentence(ex([t])) for t in details[:6]]
+    if cands:
+        fits = [d for d in cands if words(parts) + len(d.split()) <= budget + 4]
+        first = fits[0] if fits else min(cands, key=lambda d: len(d.split()))
+        cands.remove(first)
+        for j, d in enumerate([first] + cands[:1]):
+            if j and words(parts) + len(d.split()) > budget:
+                break
+            # Before or after what is already there: sentence order varies from row to row.
+            parts.insert(rng.randint(1, len(parts)), d)
 
     own_why = sub.lines[why_key]
     use_own_why = bool(own_why) and (use_own or plan.generic) and rng.random() < 0.6
