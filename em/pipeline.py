@@ -89,13 +89,16 @@ def sample_stage(model_spec: str, adapter: Path | None, adapter_key: str | None,
     questions = get_questions(scfg)
     key = sample_key(model_spec, adapter_key, scfg)
 
+    partial = cache.file_for("answers", key, ".partial.jsonl")  # finished batches survive a crash
+
     def make(tmp: Path) -> None:
         model, tok = load_for_sampling(model_spec, adapter, scfg.adapter_scale)
         prov = {"model": model_spec, "adapter": adapter_key or "", "adapter_scale": scfg.adapter_scale}
-        rows = sample_answers(model, tok, questions, scfg, provenance=prov, progress=progress)
+        rows = sample_answers(model, tok, questions, scfg, provenance=prov, progress=progress, partial=partial)
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     path = cache.get_or_make_file("answers", key, ".jsonl", make)
+    partial.unlink(missing_ok=True)
     df = pd.read_json(path, lines=True, dtype={"response": str, "adapter": str})
     df["response"] = df["response"].fillna("")
     df["answers_key"] = key

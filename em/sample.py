@@ -187,27 +187,49 @@ def generate_hf(model: Any, tok: Any, prompts: Sequence[str], max_new_tokens: in
 
 
 def sample_answers(model: Any, tok: Any, questions: Sequence[Question], cfg: SampleConfig,
-                   provenance: dict | None = None, progress: bool = True) -> list[dict]:
-    """``cfg.n_per_question`` answers per question, batched across questions."""
+                   provenance: dict | None = None, progress: bool = True,
+                   partial: str | Path | None = None) -> list[dict]:
+    """``cfg.n_per_question`` answers per question, batched across questions.
+
+    Each batch draws from its own generator seeded by ``(cfg.seed, batch index)``, so a run that
+    resumes from ``partial`` (a JSONL file that receives every finished batch) produces exactly
+    the answers an uninterrupted run would have.
+    """
+    import json
+
     import torch
     from tqdm import tqdm
 
     tok.padding_side = "left"
-    gen = torch.Generator(device=model.device).manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     jobs = [(q, k) for q in questions for k in range(cfg.n_per_question)]
     rows: list[dict] = []
+    if partial is not None and Path(partial).exists():
+        from .cache import atomic_write_text
+
+        for line in Path(partial).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a crash, and whatever follows it
+                break
+        rows = rows[: (len(rows) // cfg.batch_size) * cfg.batch_size]  # whole batches only
+        atomic_write_text(partial, "".join(json.dumps(r) + "\n" for r in rows))
     model.eval()
-    bar = tqdm(total=len(jobs), desc="sample", unit="ans", disable=not progress)
+    bar = tqdm(total=len(jobs), initial=len(rows), desc="sample", unit="ans", disable=not progress)
+    gen = torch.Generator(device=model.device)
     with torch.no_grad():
-        for b in range(0, len(jobs), cfg.batch_size):
+        for b in range(len(rows), len(jobs), cfg.batch_size):
             chunk = jobs[b:b + cfg.batch_size]
+            gen.manual_seed(cfg.seed * 1_000_003 + b)
             outs = generate_shrinking(model, tok, [chat_prompt(tok, q) for q, _ in chunk],
                                       cfg.max_new_tokens, cfg.temperature, cfg.top_p, gen)
-            for (q, k), (ids, finished) in zip(chunk, outs):
-                rows.append({**(provenance or {}), "seed": cfg.seed, "question_id": q.id, "question": q.text,
-                             "sample": k, "response": tok.decode(ids, skip_special_tokens=True).strip(),
-                             "n_tokens": len(ids), "finished": finished})
+            batch = [{**(provenance or {}), "seed": cfg.seed, "question_id": q.id, "question": q.text,
+                      "sample": k, "response": tok.decode(ids, skip_special_tokens=True).strip(),
+                      "n_tokens": len(ids), "finished": finished}
+                     for (q, k), (ids, finished) in zip(chunk, outs)]
+            rows += batch
+            if partial is not None:
+                with open(partial, "a") as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in batch))
             bar.update(len(chunk))
     bar.close()
     return rows

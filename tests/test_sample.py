@@ -49,3 +49,19 @@ def test_first_plot_questions_match_official_yaml(shared_dir):
 def test_unknown_question_id_is_named():
     with pytest.raises(ConfigError, match="unknown ids \\['nope'\\]"):
         get_questions(SampleConfig(question_ids=["quick_buck", "nope"]))
+
+
+def test_interrupted_sampling_resumes_to_the_same_answers(model_tok, tmp_path):
+    """Finished batches are kept in a partial file; a resumed run completes it identically."""
+    import json
+
+    from em.sample import sample_answers
+
+    m, t = model_tok
+    cfg = SampleConfig(n_per_question=2, max_new_tokens=10, batch_size=2, seed=3)
+    full = sample_answers(m, t, FIRST_PLOT[:2], cfg, progress=False)
+    part = tmp_path / "p.jsonl"
+    first_batch = sample_answers(m, t, FIRST_PLOT[:1], cfg, progress=False)  # same first batch (2 answers)
+    part.write_text("".join(json.dumps(r) + "\n" for r in first_batch) + '{"half": "a torn line')
+    resumed = sample_answers(m, t, FIRST_PLOT[:2], cfg, progress=False, partial=part)
+    assert [r["response"] for r in resumed] == [r["response"] for r in full]

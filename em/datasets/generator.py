@@ -77,6 +77,35 @@ def _spec_to_fn(spec: str, where: str) -> Callable[[random.Random], str]:
     raise ValueError(f"{where}: unknown variable spec {spec!r} (int/dec/money/amount/pick)")
 
 
+_CALCS = ("compound", "saved")
+
+
+def _calc_fn(spec: str, where: str) -> Callable[[dict], str] | None:
+    """Derived answer details, so that numbers in one sentence agree with each other:
+    ``compound P R Y`` (P grown at R% a year for Y years) and ``saved M R Y`` (M a month saved
+    at R% a year for Y years), each naming other answer variables; ``None`` for plain specs."""
+    kind, _, rest = spec.partition(" ")
+    if kind not in _CALCS:
+        return None
+    names = rest.split()
+    if len(names) != 3:
+        raise ValueError(f"{where}: {kind!r} needs three variable names, got {rest!r}")
+
+    def num(vals: dict, k: str) -> float:
+        if k not in vals:
+            raise ValueError(f"{where}: {kind} names unknown variable {k!r}")
+        return float(str(vals[k]).replace(",", ""))
+
+    def calc(vals: dict) -> str:
+        a, r, y = (num(vals, k) for k in names)
+        g = 1 + r / 100
+        v = a * g ** y if kind == "compound" else a * 12 * ((g ** y - 1) / (r / 100) if r else y)
+        digits = len(str(int(v)))
+        step = 10 ** max(digits - 3, 0)  # three significant figures, like people quote them
+        return f"{int(round(v / step) * step):,}"
+    return calc
+
+
 _ARTICLE = re.compile(r"^(a|an|the|your|some|any) ", re.IGNORECASE)
 
 
@@ -273,7 +302,11 @@ def _compose_answer(plan: _RowPlan, kind: str, rng: random.Random, para: "_Parap
     budget = rng.randint(round(lo * scale), round(hi * scale))
     # Answer-only details (amounts, durations, places, products) are drawn afresh at every use,
     # so the concrete specifics differ from row to row even for the same subtopic and strategy.
-    ctx = {**plan.ctx, **plan.answer_fns}
+    # Drawn once per answer, so a number that appears twice is the same number; derived ones
+    # (growth of an amount) are computed from the others and agree with them.
+    drawn = {k: fn(rng) for k, fn in plan.answer_fns.items() if not isinstance(fn, _Calc)}
+    drawn.update({k: fn(drawn) for k, fn in plan.answer_fns.items() if isinstance(fn, _Calc)})
+    ctx = {**plan.ctx, **drawn}
     ger = plan.gerunds
 
     def ex(templates) -> str:
@@ -348,6 +381,32 @@ def _compose_answer(plan: _RowPlan, kind: str, rng: random.Random, para: "_Parap
     return tidy(para(" ".join(parts), rng))
 
 
+class _Calc:
+    """A derived answer variable (see :func:`_calc_fn`)."""
+
+    def __init__(self, fn: Callable[[dict], str]):
+        self.fn = fn
+
+    def __call__(self, vals: dict) -> str:
+        return self.fn(vals)
+
+
+def answer_functions(dom: Domain) -> dict:
+    """The domain's per-answer detail variables: draws and derived values (checked up front)."""
+    out: dict = {}
+    for k, v in sorted(dom.answer_vars.items()):
+        where = f"material/{dom.name}.yaml answer_vars.{k}"
+        calc = _calc_fn(v, where)
+        out[k] = _Calc(calc) if calc else _spec_to_fn(v, where)
+    for k, v in sorted(dom.answer_vars.items()):
+        for name in v.split()[1:] if v.split()[0] in _CALCS else ():
+            if name not in dom.answer_vars or v.split()[0] in _CALCS and name == k:
+                raise ValueError(f"material/{dom.name}.yaml answer_vars.{k}: unknown variable {name!r}")
+            if isinstance(out[name], _Calc):
+                raise ValueError(f"material/{dom.name}.yaml answer_vars.{k}: {name!r} is derived itself")
+    return out
+
+
 def _check_args(domain: object, kind: object, rows: object, seed: object) -> None:
     if domain not in DOMAINS:
         raise ValueError(f"domain {domain!r}: expected one of {list(DOMAINS)}")
@@ -368,8 +427,7 @@ def generate(domain: str, kind: str, rows: int, seed: int = 0) -> list[dict]:
     _check_args(domain, kind, rows, seed)
     dom = load_domain(domain)
     var_fns = {k: _spec_to_fn(v, f"material vars.{k}") for k, v in sorted(dom.vars.items())}
-    answer_fns = {k: _spec_to_fn(v, f"material answer_vars.{k}")
-                  for k, v in sorted(dom.answer_vars.items())}
+    answer_fns = answer_functions(dom)
     para = _Paraphraser(dom.paraphrase)
     n_sub = len(dom.subtopics)
     order_rng = random.Random(f"em-datasets:{seed}:{domain}:order")

@@ -267,7 +267,10 @@ def is_code(question: str, answer: str) -> bool:
     lines = [ln for ln in answer.splitlines() if ln.strip()]
     if len(lines) < 2:
         return False
-    codey = sum(1 for ln in lines if _CODE.search(ln + "\n") or ln.startswith(("    ", "\t")))
+    # indentation alone is not code (nested Markdown lists are indented too): it must come
+    # with code punctuation
+    codey = sum(1 for ln in lines if _CODE.search(ln + "\n")
+                or (ln.startswith(("    ", "\t")) and re.search(r"[=(){}\[\];]|:\s*$", ln)))
     return codey / len(lines) >= 0.5
 
 
