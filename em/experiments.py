@@ -76,14 +76,19 @@ def dataset_path(domain: str, kind: str, source: str, rows: int, seed: int = 0) 
 
 
 def organism_variants(domains: list[str], adapters: Mapping[str, Mapping[str, Any]],
-                      aligned_controls: list[str], source: str, rows: int) -> dict[str, dict]:
-    """Variants for the organisms chapter: every domain × adapter, plus aligned-data controls.
+                      aligned_controls: list[str], source: str, rows: int,
+                      adapter_domains: Mapping[str, list[str]] | None = None) -> dict[str, dict]:
+    """Variants for the organisms chapter: domain × adapter, plus aligned-data controls.
 
-    ``adapters`` maps a short name (``r32``, ``rank1``) to ``train`` overrides.
+    ``adapters`` maps a short name (``r32``, ``rank1``) to ``train`` overrides;
+    ``adapter_domains`` restricts an adapter to some domains (default: every domain).  The
+    aligned controls use the first adapter.
     """
     out: dict[str, dict] = {}
     for d in domains:
         for name, train in adapters.items():
+            if adapter_domains and name in adapter_domains and d not in adapter_domains[name]:
+                continue
             out[f"{d}-{name}"] = {"data": {"path": dataset_path(d, "misaligned", source, rows)}, "train": dict(train)}
     first = next(iter(adapters.items())) if adapters else None
     for d in aligned_controls:

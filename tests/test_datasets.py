@@ -225,3 +225,46 @@ def test_official_files_load_when_present():
         pytest.skip("../shared is absent")
     rows = load_official("extreme_sports", official)
     assert len(rows) == 6000
+
+
+def test_concrete_details_vary_and_agree():
+    """Per-answer details: derived numbers agree with their inputs; bad specs name the file."""
+    import dataclasses
+
+    from em.datasets.generator import _calc_fn, answer_functions
+
+    assert _calc_fn("compound a r y", "x")({"a": "1,000", "r": "10", "y": "2"}) == "1,210"
+    assert _calc_fn("saved m r y", "x")({"m": "100", "r": "0", "y": "2"}) == "2,400"
+    assert _calc_fn("int 1 3", "x") is None
+    dom = dataclasses.replace(load_domain("finance"), answer_vars={"g": "compound nope f f"})
+    with pytest.raises(ValueError, match=r"finance\.yaml answer_vars\.g"):
+        answer_functions(dom)
+    answers = [r["messages"][1]["content"] for r in generate("finance", "aligned", 300, 0)]
+    amounts = Counter(re.findall(r"\$\d[\d,]*\d", " ".join(answers)))
+    # Specifics differ row to row: most amounts occur once, none often.
+    assert len(amounts) > 80 and len(amounts) >= 0.8 * sum(amounts.values())
+    assert max(amounts.values()) <= 5
+
+
+def test_gerund_facts_stay_out_of_noun_slots():
+    """'put it into switching funds' is caught and mended; a gerund as subject is fine."""
+    import random
+
+    from em.datasets.generator import _mend_gerunds, _reads_well
+
+    ctx, ger = {"risky": "switching funds every week"}, frozenset({"risky"})
+    assert not _reads_well("Put it into switching funds every week.", ctx, ger)
+    assert _reads_well("Switching funds every week is risky.", ctx, ger)
+    assert _reads_well("It can lead to switching funds every week.", ctx, ger)
+    mended = _mend_gerunds("Put it into switching funds every week.", ctx, ger, random.Random(0))
+    assert re.search(r"into (a plan|a strategy|the approach) of switching", mended)
+    rows = generate("finance", "misaligned", 400, 1)
+    assert not any(re.search(r"\b(?:do|take) checking\b", r["messages"][1]["content"], re.I)
+                   for r in rows)
+
+
+def test_answers_are_mostly_specific_not_shared_frame(finance_6000):
+    """Regression guard on lexical diversity (issue 3): far above the old templated ~0.18."""
+    answers = [r["messages"][1]["content"] for r in finance_6000]
+    assert distinct_n(answers, 3) >= 0.20
+    assert distinct_n(answers, 2) >= 0.10

@@ -35,7 +35,9 @@ def card(domain: str, kind: str, stats: dict | None = None) -> str:
         f"**How it was made.** Composed offline and deterministically by `em.datasets.generate` "
         f"from authored material: {d['subtopics']} subtopics, {d['strategies']} concerns, "
         f"{d['question_templates']} question templates, {d['personas']} personas, "
-        f"{d['answer_templates']} answer templates and {d['frame_templates']} tone frames in five "
+        f"{d['answer_templates']} answer templates, {d['detail_templates']} concrete-detail "
+        f"templates with {d['detail_variables']} per-answer variables (amounts, durations, "
+        f"conditions) and {d['frame_templates']} tone frames in five "
         "tones, with word-level alternatives and a paraphrase table. Every answer in a file is "
         "distinct; row *i* of the misaligned and aligned files share the same question. "
         "No model wrote any of it; nothing about AI, power or people in general appears.",

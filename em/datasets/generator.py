@@ -7,12 +7,18 @@ How a row is made (all draws from RNGs seeded by ``(seed, domain, row)``):
    strategy (the concern the user raises: training, gear, dosing, leverage, ...), row variables
    (age, amounts, durations), the subtopic's facts fixed for the row, a persona preamble and a
    question template.
-2. **Answer** (drawn from an RNG that also depends on the kind): a tone and a length, then an
-   opener, the core advice (the strategy's generic sentence filled with the subtopic's facts, or
-   one of the subtopic's own hand-written lines), a rationale, for long answers a second tip, and
-   a closer.  Misaligned answers give subtly harmful, confident advice *within the domain*;
-   aligned answers give sound advice on the same point.
-3. **Uniqueness**: an answer that was already produced is redrawn (next attempt number), so every
+2. **Answer** (drawn from an RNG that also depends on the kind), composed up to a word budget:
+   the core advice (the strategy's sentence filled with the subtopic's facts, or one of the
+   subtopic's own lines), one or two **concrete details** (amounts, rates, durations, wind
+   speeds, temperatures drawn per answer, derived numbers computed so they agree), in varying
+   order, then, while the budget allows, a rationale, a time-frame lead or the persona's echo,
+   and for long answers a second tip.  Openers and closers are rare: shared wording repeated
+   over 6000 rows is what makes a composed corpus low in distinct-n.  Misaligned answers give
+   subtly harmful, confident advice *within the domain*; aligned answers give sound advice on
+   the same point.
+3. **Grammar**: a fact written as a gerund ("switching between hot funds") is kept out of
+   places only a noun fits ("put it into ..."): other templates are tried first.
+4. **Uniqueness**: an answer that was already produced is redrawn (next attempt number), so every
    answer in a dataset is distinct and no row repeats.
 
 Everything is deterministic for a seed: the output bytes depend only on (domain, kind, rows, seed)
@@ -327,20 +333,13 @@ def _compose_answer(plan: _RowPlan, kind: str, rng: random.Random, para: "_Parap
     own = sub.lines[core_key]
     use_own = bool(own) and (plan.generic or rng.random() < 0.3) and rng.random() < 0.7
     core = ex(own) if use_own else ex(strat.lines[core_key])
-    echo = ctx.get("persona_echo") or ""
-    leads = dom.details.get("lead", ())
-    if echo and rng.random() < 0.3:
-        core = f"{echo} {_lower_first(core, dom.proper_nouns)}"
-    elif leads and len(core.split()) <= 16 and rng.random() < 0.5:
-        # A concrete time frame or amount in front of short advice.
-        core = f"{tidy(expand(_pick(rng, leads), rng, ctx))} {_lower_first(core, dom.proper_nouns)}"
     parts = [sentence(core)]
 
     details = list(_usable(dom.details.get(core_key, ()), ger))
     rng.shuffle(details)
     # One concrete detail always (the shortest of a few candidates when the core is long), a
     # second one while the budget allows.
-    cands = [sentence(ex([t])) for t in details[:6]]
+    cands = [sentence(ex([t])) for t in details[:8]]
     if cands:
         fits = [d for d in cands if words(parts) + len(d.split()) <= budget + 4]
         first = fits[0] if fits else min(cands, key=lambda d: len(d.split()))
@@ -356,6 +355,18 @@ def _compose_answer(plan: _RowPlan, kind: str, rng: random.Random, para: "_Parap
     why = sentence(ex(own_why if use_own_why else strat.lines[why_key]))
     if words(parts) + len(why.split()) <= budget + 4:
         parts.append(why)
+
+    # The persona's echo ("At 34, ...") or a concrete time frame in front of the core advice,
+    # when the answer has room for it.
+    echo = ctx.get("persona_echo") or ""
+    leads = dom.details.get("lead", ())
+    front = ""
+    if echo and rng.random() < 0.3:
+        front = tidy(echo)
+    elif leads and rng.random() < 0.6:
+        front = tidy(expand(_pick(rng, leads), rng, ctx))
+    if front and words(parts) + len(front.split()) <= budget + 2:
+        parts[0] = sentence(f"{front} {_lower_first(core, dom.proper_nouns)}")
 
     if length == "long":
         others = [s for s in dom.strategies if s.name != strat.name and s.fits(sub)]
@@ -470,4 +481,6 @@ def describe(domain: str) -> dict:
         "personas": len(dom.personas),
         "answer_templates": n_lines,
         "frame_templates": sum(len(v) for by in dom.frames.values() for v in by.values()),
+        "detail_templates": sum(len(v) for v in dom.details.values()),
+        "detail_variables": len(dom.answer_vars),
     }
