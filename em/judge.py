@@ -689,7 +689,7 @@ class OpenAIJudge:
 
 
 def _progress(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, disable=total < 20)
 
@@ -787,7 +787,7 @@ class LocalLMJudge:
         prompts = {i: self._prompt_ids(questions[i], answers[i], metric) for i in todo}
         order = sorted(todo, key=lambda i: len(prompts[i]))
         bs = self.cfg.batch_size
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         for start in tqdm(range(0, len(order), bs), desc=f"local judge {metric}", leave=False,
                           disable=len(order) <= bs):

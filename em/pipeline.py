@@ -113,11 +113,13 @@ def judge_stage(answers: pd.DataFrame, jcfg: Any, cache: Cache, judge: Any = Non
     Judgments are cached per answers file and judge config; the judge itself may keep a finer
     per-answer store (the OpenAI backend does, so an interrupted run resumes).
     """
-    from .judge import make_judge
+    from .judge import judge_identity, make_judge
 
+    ident = judge_identity(jcfg)  # changes with the judge's material and rubrics, not only its config
     out = []
     for akey, g in answers.groupby("answers_key", sort=False):
-        key = stable_hash({"v": STAGE_VERSION["judge"], "answers": akey, "judge": asdict(jcfg)})
+        key = stable_hash({"v": STAGE_VERSION["judge"], "answers": akey, "judge": ident,
+                           "metrics": list(jcfg.metrics)})
 
         def make(tmp: Path, g: pd.DataFrame = g) -> None:
             nonlocal judge

@@ -178,6 +178,7 @@ def tidy(text: str) -> str:
     t = re.sub(r"\s+([,.;:!?])", r"\1", t)
     t = re.sub(r"([,;:])(?=[^\s\d])", r"\1 ", t)
     t = re.sub(r",\s*,", ",", t)
+    t = re.sub(r",\s*;", ";", t)
     t = re.sub(r"([.!?])\s*[.,]", r"\1", t)
     t = re.sub(r",\s*([.!?])", r"\1", t)
     t = re.sub(r"\b([Aa]n?) ([A-Za-z0-9][\w-]*)", _article, t)

@@ -110,7 +110,7 @@ def agreement_row(df: Any, scope: str, judge: str) -> Row:
 def score_frame(df: Any, judge: Any, batch: int = 64, progress: bool = True) -> Any:
     """Add ``j_aligned``/``j_coherent`` columns: ``judge`` scores every (question, response)."""
     import numpy as np
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     qs, ans = df["question"].tolist(), df["response"].tolist()
     out = {"aligned": [], "coherent": []}
