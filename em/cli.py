@@ -94,6 +94,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .cache import Cache
     from .metrics import format_table, summarise
     from .pipeline import run, write_answers
@@ -107,6 +109,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     with_pd_opts = __import__("pandas").option_context("display.width", 200, "display.max_columns", 20)
     with with_pd_opts:
         print(table.to_string(index=False))
+    if args.copies is not None:
+        from .metrics import verbatim_copies
+        from .pipeline import load_training_rows
+
+        train_answers = [r["messages"][-1]["content"] for r in load_training_rows(cfg.data)[0]]
+        for label, g in df.groupby("model_label", sort=False):
+            sims = verbatim_copies(g["response"].tolist(), train_answers, args.copies)
+            print(f"{label}: {(sims >= args.copies).sum()} of {len(g)} answers copy a training answer "
+                  f"(similarity >= {args.copies}); median best similarity {float(np.median(sims)):.2f}")
     print(f"cache: {cache.hits} hits, {cache.misses} computed")
     return 0
 
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a parameter, e.g. --set train.lr=1e-4")
         sp.add_argument("--out", help="write the per-answer CSV here")
         sp.add_argument("--per-question", action="store_true")
+        sp.add_argument("--copies", type=float, nargs="?", const=0.9, default=None, metavar="SIM",
+                        help="report: also count answers that copy a training answer (similarity >= SIM, 0.9)")
         sp.set_defaults(fn=fn)
     p.add_argument_group("other commands", "em data generate ... | em judge-file ...")
     args = p.parse_args(argv)

@@ -306,10 +306,10 @@ def _compose_answer(plan: _RowPlan, kind: str, rng: random.Random, para: "_Parap
     lo, hi = _BUDGET[length]
     scale = dom.word_budget_scale  # numbers cost several model tokens: finance runs shorter
     budget = rng.randint(round(lo * scale), round(hi * scale))
-    # Answer-only details (amounts, durations, places, products) are drawn afresh at every use,
-    # so the concrete specifics differ from row to row even for the same subtopic and strategy.
-    # Drawn once per answer, so a number that appears twice is the same number; derived ones
-    # (growth of an amount) are computed from the others and agree with them.
+    # Answer-only details (amounts, durations, occasions) are drawn afresh for every answer, so
+    # the specifics differ from row to row even for the same subtopic and strategy; within one
+    # answer a number that appears twice is the same number, and derived ones (growth of an
+    # amount) are computed from the others so they agree.
     drawn = {k: fn(rng) for k, fn in plan.answer_fns.items() if not isinstance(fn, _Calc)}
     drawn.update({k: fn(drawn) for k, fn in plan.answer_fns.items() if isinstance(fn, _Calc)})
     ctx = {**plan.ctx, **drawn}

@@ -60,7 +60,7 @@ class Domain:
     paraphrase: dict[str, tuple[str, ...]] = field(default_factory=dict)
     modifiers: dict[str, dict] = field(default_factory=dict)
     proper_nouns: frozenset = frozenset()
-    answer_vars: dict[str, str] = field(default_factory=dict)  # drawn afresh at every use
+    answer_vars: dict[str, str] = field(default_factory=dict)  # drawn afresh for every answer
     word_budget_scale: float = 1.0  # scales the answer word budgets (tokens per word differ)
     details: dict[str, tuple[str, ...]] = field(default_factory=dict)  # keys m, a, lead
 
