@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import yaml
 
@@ -106,9 +105,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.out:
         write_answers(df, args.out)
     table = format_table(summarise(df, by=["model_label"], per_question=args.per_question))
-    with_pd_opts = __import__("pandas").option_context("display.width", 200, "display.max_columns", 20)
-    with with_pd_opts:
-        print(table.to_string(index=False))
+    print(table.to_string(index=False))
     if args.copies is not None:
         from .metrics import verbatim_copies
         from .pipeline import load_training_rows

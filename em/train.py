@@ -31,7 +31,7 @@ import numpy as np
 
 from .cache import atomic_write_json, atomic_write_text
 from .config import ConfigError, TrainConfig
-from .data import IGNORE_INDEX, Tokenised, collate
+from .data import IGNORE_INDEX, collate
 
 
 # ----------------------------------------------------------------------------- model set-up

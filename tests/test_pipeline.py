@@ -1,5 +1,4 @@
 """The smoke organism end to end through the CLI, and the cache: a re-run computes nothing."""
-import json
 from pathlib import Path
 
 import pandas as pd
