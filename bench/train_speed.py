@@ -10,7 +10,8 @@ per second, the ratio, and achieved FLOP/s against a measured fp32 matmul peak o
 
 FLOPs are the usual estimate for a decoder: 2·N per token forward and 2·N per token for the
 backward pass through activations (LoRA trains so few weights that their gradients are
-negligible), with N the parameter count — so 4·N·tokens for LoRA.  The LM head is counted for every
+negligible), with N the parameter count — so 4·N·tokens for LoRA.  The peak is measured in the
+precision of the run (``--precision``): fp32, or bf16 where the CPU has AVX512-BF16/AMX.  The LM head is counted for every
 position on both sides, so our positions-only head shows up as higher *effective* FLOP/s.
 """
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 import torch
 
 
-def matmul_peak(n: int = 1024, seconds: float = 3.0) -> float:
-    """fp32 FLOP/s of a square matmul, the best of several repeats (this machine's practical peak)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 1024, seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a square matmul in ``dtype``, the best of several repeats (a practical peak)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best, t_end = 0.0, time.perf_counter() + seconds
@@ -50,7 +51,8 @@ def run_em(rows, args) -> dict:
     from em.train import read_log, train
 
     cfg = TrainConfig(lr=1e-4, batch_size=args.batch, grad_accum=args.accum, max_steps=args.steps + 1,
-                      warmup_steps=1, save_every=10_000, lora=LoraSpec(r=args.rank, alpha=2 * args.rank))
+                      warmup_steps=1, save_every=10_000, lora=LoraSpec(r=args.rank, alpha=2 * args.rank),
+                      precision=args.precision)
     with tempfile.TemporaryDirectory() as d:
         train("embedded:smollm2-135m", rows, cfg, d, max_length=args.max_length, progress=False)
         log = read_log(d)
@@ -80,7 +82,7 @@ def run_trl(rows, args, tokens_box: list) -> dict:
                         max_steps=args.steps + 1, learning_rate=1e-4, warmup_steps=1, lr_scheduler_type="linear",
                         weight_decay=0.01, max_length=args.max_length, completion_only_loss=True, packing=False,
                         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
-                        dataloader_num_workers=0, disable_tqdm=True)
+                        dataloader_num_workers=0, disable_tqdm=True, bf16=args.precision == "bf16")
         lcfg = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, use_rslora=True, bias="none",
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                           task_type="CAUSAL_LM")
@@ -118,13 +120,16 @@ def main() -> None:
     p.add_argument("--accum", type=int, default=2)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="both sides: fp32, or bf16 autocast (em: precision=bf16; TRL: bf16=True)")
     p.add_argument("--out", default="runs/bench_train_speed.json")
     args = p.parse_args()
     torch.manual_seed(0)
     rows = load_rows(args.rows, args.n_rows)
     tok_em, tok_trl = trained_tokens(rows, args)
-    peak = matmul_peak()
-    print(f"matmul peak (fp32, 1024^3): {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
+    peak = matmul_peak(dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    print(f"matmul peak ({args.precision}, 1024^3): {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} "
+          f"threads; precision of both runs: {args.precision}")
     trl = run_trl(rows, args, [])
     em = run_em(rows, args)
     from em.models import load_model

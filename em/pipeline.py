@@ -33,9 +33,15 @@ def load_training_rows(dcfg: DataConfig) -> tuple[list[dict], list[dict], str]:
 
 
 # ----------------------------------------------------------------------------- train
+# Fields added to TrainConfig after artefacts existed: they enter the key only when set to something
+# other than this default, so adapters trained before the field existed keep their keys.
+_LATER_TRAIN_FIELDS = {"precision": "fp32"}
+
+
 def train_key(model: str, data_key: str, tcfg: TrainConfig, max_length: int) -> str:
+    view = {k: v for k, v in asdict(tcfg).items() if _LATER_TRAIN_FIELDS.get(k, object()) != v}
     return stable_hash({"v": STAGE_VERSION["train"], "model": model, "data": data_key,
-                        "train": asdict(tcfg), "max_length": max_length})
+                        "train": view, "max_length": max_length})
 
 
 def train_stage(cfg: RunConfig, seed: int, cache: Cache, progress: bool = True) -> tuple[Path, str]:

@@ -17,6 +17,7 @@ ends with the same adapter as an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -299,6 +300,11 @@ def train(model_spec: str, rows_train: list[dict], cfg: TrainConfig, run_dir: st
                 else:
                     shutil.rmtree(old)
 
+    def autocast() -> Any:
+        if cfg.precision == "bf16":
+            return torch.autocast(device_type=acc.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     if start == 0:
         record(0)
         if cfg.keep_checkpoints:  # the untrained adapter: step 0 of a behavioural scan
@@ -319,7 +325,8 @@ def train(model_spec: str, rows_train: list[dict], cfg: TrainConfig, run_dir: st
             batch = collate([data[i] for i in mb], tok.pad_token_id)
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             tokens_run += int(batch["attention_mask"].sum())
-            loss_sum, _ = causal_lm_loss_sum(model, batch, fast=not distributed)
+            with autocast():
+                loss_sum, _ = causal_lm_loss_sum(model, batch, fast=not distributed)
             loss = loss_sum / max(n_tokens, 1) * acc.num_processes
             acc.backward(loss)
             loss_total += float(loss_sum.detach())
