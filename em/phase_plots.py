@@ -17,8 +17,12 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .plots import enable_notebook_figures
+
 from .phase import (PCAResult, Peak, StepChange, Trajectory, TransitionResult, b_norm, behaviour_table,
                     local_cosine, pca_trajectory)
+
+enable_notebook_figures()  # returned Figures render as PNG in notebooks (see em.plots)
 
 STEP_LABEL = "training step (optimizer updates)"
 Mark = TransitionResult | StepChange | Peak | float | int | None

@@ -14,6 +14,28 @@ from matplotlib.figure import Figure
 from .metrics import ALIGNED_MAX, COHERENT_MIN, flag_answers, summarise
 
 
+def enable_notebook_figures() -> None:
+    """Render returned ``Figure`` objects as PNG in IPython/Jupyter.
+
+    Our figures are built without pyplot (no global state, no double display), and the inline
+    backend only registers its PNG formatter for pyplot's figures, so a bare ``Figure`` would
+    print as ``<Figure size ...>``.  Registering the formatter for the class fixes that once.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import print_figure
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    ip.display_formatter.formatters["image/png"].for_type(
+        Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight", dpi=100))
+
+
+enable_notebook_figures()
+
+
 def _style() -> None:
     import seaborn as sns
 

@@ -315,6 +315,9 @@ def check_site(html_dir: Path, base: str, served: list[tuple[str, int]], browser
                            expression="document.documentElement.outerHTML")["result"]["value"]
         stem = page.replace("/", "__").removesuffix(".html")
         (doms / f"{stem}.html").write_text(dom, encoding="utf-8")
+        # a figure that reached the page as its text repr was never rendered (no PNG output)
+        problems += [f"{page}: figure shown as text, not an image: {m}"
+                     for m in sorted(set(re.findall(r"&lt;Figure size [^&]*&gt;", dom)))]
         png = base64.b64decode(browser.call("Page.captureScreenshot", session=True, format="png")["data"])
         (shots / f"{stem}.png").write_bytes(png)
         with Image.open(shots / f"{stem}.png") as im:
