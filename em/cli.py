@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
 import yaml
 
@@ -49,28 +48,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _answers(cfg, cache, progress=True):
-    import pandas as pd
-
-    from .pipeline import sample_stage, train_stage
-
-    frames = []
-    for seed in cfg.seeds:
-        scfg = replace(cfg.sample, seed=seed)
-        if cfg.base_model_control:
-            frames.append(sample_stage(cfg.model, None, None, scfg, "base", cache, progress))
-        adapter, key = train_stage(cfg, seed, cache, progress)
-        a = sample_stage(cfg.model, adapter, key, scfg, cfg.name, cache, progress)
-        a["train_seed"] = seed
-        frames.append(a)
-    return pd.concat(frames, ignore_index=True)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     from .cache import Cache
+    from .pipeline import answers_stage
 
     cfg = _load(args)
-    df = _answers(cfg, Cache(cfg.cache_dir))
+    df = answers_stage(cfg, Cache(cfg.cache_dir))
     print(f"{len(df)} answers")
     if args.out:
         from .pipeline import write_answers
@@ -81,11 +64,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_judge(args: argparse.Namespace) -> int:
     from .cache import Cache
-    from .pipeline import judge_stage, write_answers
+    from .pipeline import run, write_answers
 
     cfg = _load(args)
-    cache = Cache(cfg.cache_dir)
-    df = judge_stage(_answers(cfg, cache), cfg.judge, cache)
+    df = run(cfg, Cache(cfg.cache_dir))
     if args.out:
         write_answers(df, args.out)
     print(f"{len(df)} answers judged")

@@ -143,21 +143,24 @@ def judge_stage(answers: pd.DataFrame, jcfg: Any, cache: Cache, judge: Any = Non
 
 
 # ----------------------------------------------------------------------------- the whole run
-def run(cfg: RunConfig, cache: Cache | None = None, progress: bool = True) -> pd.DataFrame:
-    """Every seed's fine-tune (and the base model) sampled and judged: one row per answer."""
-    cache = cache or Cache(cfg.cache_dir)
+def answers_stage(cfg: RunConfig, cache: Cache, progress: bool = True) -> pd.DataFrame:
+    """Every seed's fine-tune (and, as a control, the base model) sampled: one row per answer."""
     frames = []
-    if cfg.base_model_control:
-        for seed in cfg.seeds:
-            a = sample_stage(cfg.model, None, None, replace(cfg.sample, seed=seed), "base", cache, progress)
-            frames.append(a)
     for seed in cfg.seeds:
+        scfg = replace(cfg.sample, seed=seed)
+        if cfg.base_model_control:
+            frames.append(sample_stage(cfg.model, None, None, scfg, "base", cache, progress))
         adapter, key = train_stage(cfg, seed, cache, progress)
-        a = sample_stage(cfg.model, adapter, key, replace(cfg.sample, seed=seed), cfg.name, cache, progress)
+        a = sample_stage(cfg.model, adapter, key, scfg, cfg.name, cache, progress)
         a["train_seed"] = seed
         frames.append(a)
-    answers = pd.concat(frames, ignore_index=True)
-    return judge_stage(answers, cfg.judge, cache)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run(cfg: RunConfig, cache: Cache | None = None, progress: bool = True) -> pd.DataFrame:
+    """:func:`answers_stage`, judged: one row per answer with the judge's scores."""
+    cache = cache or Cache(cfg.cache_dir)
+    return judge_stage(answers_stage(cfg, cache, progress), cfg.judge, cache)
 
 
 def write_answers(df: pd.DataFrame, path: str | Path) -> None:
