@@ -29,7 +29,7 @@ def variant_configs(base: Mapping[str, Any], variants: Mapping[str, Mapping[str,
 def run_variants(base: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]],
                  include_base: bool = True, progress: bool = True) -> pd.DataFrame:
     """Judged answers of the base model (once) and every variant, one row per answer."""
-    from .pipeline import judge_stage, sample_stage, train_stage
+    from .pipeline import answers_stage, judge_stage, sample_stage
 
     cfgs = variant_configs(base, variants)  # validate everything before any work
     first = next(iter(cfgs.values())) if cfgs else run_config_from_dict(dict(base), "base:")
@@ -40,12 +40,9 @@ def run_variants(base: Mapping[str, Any], variants: Mapping[str, Mapping[str, An
             frames.append(judge_stage(
                 sample_stage(first.model, None, None, replace(first.sample, seed=seed), "base", cache, progress),
                 first.judge, cache))
-    for label, cfg in cfgs.items():
-        for seed in cfg.seeds:
-            adapter, key = train_stage(cfg, seed, cache, progress)
-            a = sample_stage(cfg.model, adapter, key, replace(cfg.sample, seed=seed), label, cache, progress)
-            a["train_seed"] = seed
-            frames.append(judge_stage(a, cfg.judge, cache))
+    for cfg in cfgs.values():  # the base model was sampled once above, not per variant
+        frames.append(judge_stage(answers_stage(replace(cfg, base_model_control=False), cache, progress),
+                                  cfg.judge, cache))
     df = pd.concat(frames, ignore_index=True)
     df.attrs["cache"] = {"hits": cache.hits, "computed": cache.misses}
     return df

@@ -160,11 +160,6 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def save_trainable(model: Any, out: Path, method: str) -> None:
-    """PEFT adapter folder (LoRA) or a full model folder (SFT)."""
-    model.save_pretrained(out, safe_serialization=True)
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -277,7 +272,7 @@ def train(model_spec: str, rows_train: list[dict], cfg: TrainConfig, run_dir: st
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if cfg.method == "lora" or cfg.keep_checkpoints:  # a loadable adapter / model per checkpoint
-            save_trainable(raw, tmp, cfg.method)
+            raw.save_pretrained(tmp)  # PEFT adapter (LoRA) or a full model (SFT)
             if cfg.method == "full":
                 tok.save_pretrained(tmp)
         state = {
@@ -361,7 +356,7 @@ def train(model_spec: str, rows_train: list[dict], cfg: TrainConfig, run_dir: st
     if acc.is_main_process:
         tmp = run_dir / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_trainable(raw, tmp, cfg.method)
+        raw.save_pretrained(tmp)  # PEFT adapter (LoRA) or a full model (SFT)
         if cfg.method == "full":
             tok.save_pretrained(tmp)
         atomic_write_json(tmp / "DONE", {"steps": step, "stopped_early": stopped_early,
